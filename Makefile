@@ -31,7 +31,7 @@ test-sync: install
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean >/dev/null && $(PY) -m nnunet_nb.docs readme; \
 	status=0; \
 	diff -r -x __pycache__ -x '*.pyc' $$tmp/nnunet_nb nnunet_nb || { echo "nnunet_nb/ was out of sync with nbs/: run nbdev_export and commit"; status=1; }; \
-	diff -r -x .ipynb_checkpoints $$tmp/nbs nbs >/dev/null || { echo "notebooks were not clean: run nbdev_clean and commit"; status=1; }; \
+	diff -r -x .ipynb_checkpoints -x _quarto.yml $$tmp/nbs nbs >/dev/null || { echo "notebooks were not clean: run nbdev_clean and commit"; status=1; }; \
 	cmp -s $$tmp/README.md README.md || { echo "README.md was out of sync with nbs/index.ipynb: run make readme and commit"; status=1; }; \
 	rm -rf $$tmp; exit $$status
 

@@ -1,0 +1,80 @@
+"End-to-end runs of the console scripts, as a user types them."
+import configparser, hashlib, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def console_scripts():
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
+    return [line.split('=')[0].strip() for line in cfg['DEFAULT']['console_scripts'].split() if line.strip()]
+
+
+def run(*args, env=None, check=True):
+    result = subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
+    return result
+
+
+@pytest.fixture
+def nnunet_env(tmp_path):
+    env = dict(os.environ)
+    for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
+        env[name] = str(tmp_path/name)
+    return env
+
+
+def folder_digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob('*')) if p.is_file()}
+
+
+@pytest.mark.parametrize('command', console_scripts())
+def test_every_command_has_help(command):
+    out = run(command, '-h').stdout
+    assert 'usage:' in out and len(out.splitlines()) > 2, out
+
+
+def test_example_dataset_verify_and_overlays(nnunet_env, tmp_path):
+    run('nnunet_nb_make_example_dataset', '-d', 12, '--kind', 'mr', '--size', 'tiny', '-np', 1, env=nnunet_env)
+    name = run('nnunet_nb_find_dataset', '12', env=nnunet_env).stdout.strip()
+    assert name.startswith('Dataset012_')
+    folder = Path(nnunet_env['nnUNet_raw'])/name
+    before = folder_digest(folder)
+    run('nnunet_nb_verify_dataset', '-d', 12, '-np', 2, env=nnunet_env)
+    run('nnunet_nb_plot_overlay_pngs', '-d', name, '-o', tmp_path/'png', '-np', 1, env=nnunet_env)
+    assert len(list((tmp_path/'png').glob('*.png'))) == len(list((folder/'labelsTr').iterdir()))
+    assert folder_digest(folder) == before
+
+
+def test_existing_dataset_is_not_overwritten(nnunet_env):
+    run('nnunet_nb_make_example_dataset', '-d', 13, '--kind', '2d', '--size', 'tiny', '-np', 1, env=nnunet_env)
+    folder = next(Path(nnunet_env['nnUNet_raw']).glob('Dataset013_*'))
+    before = folder_digest(folder)
+    result = run('nnunet_nb_make_example_dataset', '-d', 13, '--kind', '2d', '--size', 'tiny', '--seed', 1, env=nnunet_env, check=False)
+    assert result.returncode == 1 and folder.name in result.stderr and 'Traceback' not in result.stderr
+    assert folder_digest(folder) == before
+
+
+def test_broken_dataset_fails_with_file_named(nnunet_env):
+    run('nnunet_nb_make_example_dataset', '-d', 14, '--kind', 'ct', '--size', 'tiny', '-np', 1, env=nnunet_env)
+    folder = next(Path(nnunet_env['nnUNet_raw']).glob('Dataset014_*'))
+    victim = sorted((folder/'labelsTr').iterdir())[0]
+    victim.unlink()
+    result = run('nnunet_nb_verify_dataset', '-d', 14, '-np', 1, env=nnunet_env, check=False)
+    assert result.returncode == 1
+    assert victim.name in result.stderr and 'Traceback' not in result.stderr, result.stderr
+
+
+def test_unset_variable_is_named(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith('nnUNet_')}
+    result = run('nnunet_nb_verify_dataset', '-d', 1, env=env, check=False)
+    assert result.returncode == 1 and 'nnUNet_raw' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_unknown_dataset_id(nnunet_env):
+    Path(nnunet_env['nnUNet_raw']).mkdir()
+    result = run('nnunet_nb_find_dataset', '999', env=nnunet_env, check=False)
+    assert result.returncode == 1 and 'No dataset with id 999' in result.stderr
