@@ -52,7 +52,7 @@ demo: install
 	$(BIN)/nnunet_nb_verify_dataset -d 1 -np $(NP); \
 	$(BIN)/nnunet_nb_plot_overlay_pngs -d 1 -o $(abspath $(DEMO))/overlays; \
 	echo; echo "Demo artefacts:"; \
-	echo "  raw dataset:    $$nnUNet_raw/Dataset001_ExampleCT"; \
+	echo "  raw dataset:    $$nnUNet_raw/$$($(BIN)/nnunet_nb_find_dataset 1)"; \
 	echo "  overlay PNGs:   $(abspath $(DEMO))/overlays"
 
 clean-demo:

@@ -24,3 +24,13 @@ def test_every_stage_notebook_exports_a_module():
         assert modules, f'{nb.name} exports nothing'
         module = modules[0]
         assert (ROOT/'nnunet_nb'/f'{module}.py').exists(), f'{nb.name}: nnunet_nb/{module}.py missing; run nbdev_export'
+
+
+def test_docs_processing_runs_clean():
+    "nbdev's offline doc processing (what `nbdev_proc_nbs` does without Quarto) succeeds with no warnings."
+    import subprocess, sys
+    code = 'from nbdev.quarto import refresh_quarto_yml; from nbdev.serve import proc_nbs; refresh_quarto_yml(); proc_nbs()'
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Warning' not in result.stderr, result.stderr[-3000:]
+    assert (ROOT/'_proc'/'index.ipynb').exists()
