@@ -51,9 +51,14 @@ demo: install
 	$(BIN)/nnunet_nb_make_example_dataset -d 1 --kind ct --size small --overwrite; \
 	$(BIN)/nnunet_nb_verify_dataset -d 1 -np $(NP); \
 	$(BIN)/nnunet_nb_plot_overlay_pngs -d 1 -o $(abspath $(DEMO))/overlays; \
+	$(BIN)/nnunet_nb_plan_and_preprocess -d 1 -npfp $(NP) -c 2d 3d_fullres -np $(NP); \
+	name=$$($(BIN)/nnunet_nb_find_dataset 1); \
 	echo; echo "Demo artefacts:"; \
-	echo "  raw dataset:    $$nnUNet_raw/$$($(BIN)/nnunet_nb_find_dataset 1)"; \
-	echo "  overlay PNGs:   $(abspath $(DEMO))/overlays"
+	echo "  raw dataset:       $$nnUNet_raw/$$name"; \
+	echo "  overlay PNGs:      $(abspath $(DEMO))/overlays"; \
+	echo "  fingerprint:       $$nnUNet_preprocessed/$$name/dataset_fingerprint.json"; \
+	echo "  plans:             $$nnUNet_preprocessed/$$name/nnUNetPlans.json"; \
+	echo "  preprocessed data: $$nnUNet_preprocessed/$$name/nnUNetPlans_2d, nnUNetPlans_3d_fullres"
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -28,7 +28,8 @@ __all__ = ['EPSILON', 'NORMALIZATION_SCHEMES', 'ANISOTROPY_THRESHOLD', 'RESAMPLI
            'resample_segmentation', 'resample_data_or_seg_to_shape', 'resample_data_or_seg_to_spacing',
            'resampling_function', 'classes_for_oversampling', 'sample_class_locations', 'target_spacing',
            'preprocess_case_arrays', 'preprocess_case', 'blosc2_layout', 'save_case', 'load_case', 'complete_cases',
-           'remove_incomplete', 'one_blas_thread', 'copy_gt_segmentations', 'preprocess_configuration', 'preprocess']
+           'remove_incomplete', 'one_blas_thread', 'copy_gt_segmentations', 'preprocess_configuration', 'preprocess',
+           'plan_and_preprocess']
 
 # %% ../nbs/06_preprocessing.ipynb #3926825d
 class PreprocessingError(ValueError):
@@ -676,3 +677,34 @@ def preprocess(dataset:int|str|Sequence,          # id or name (or several)
         ds = DatasetJson.from_file(raw_/name/'dataset.json')
         copy_gt_segmentations(find_training_cases(raw_/name, ds), pre_/name/'gt_segmentations', ds.file_ending)
     return out
+
+# %% ../nbs/06_preprocessing.ipynb #4278300d
+def plan_and_preprocess(datasets:int|str|Sequence,          # one or several ids or names
+                        verify_dataset_integrity:bool=False, # check each raw dataset first (all problems in one report)
+                        num_processes_fingerprint:int|None=None,
+                        clean:bool=False,                    # redo the fingerprint and every preprocessed case
+                        planner:str='ExperimentPlanner',     # or nnUNetPlannerResEncM/L/XL
+                        gpu_memory_target_in_gb:float|None=None,
+                        overwrite_target_spacing:Sequence|None=None,
+                        overwrite_plans_name:str|None=None,
+                        no_preprocessing:bool=False,         # stop after planning
+                        configurations:Sequence[str]=('2d', '3d_fullres', '3d_lowres'),
+                        num_processes:int|Sequence[int]|None=None, # per configuration, as `preprocess`
+                        raw:str|Path|None=None, preprocessed:str|Path|None=None,
+                        progress:bool=True, verbose:bool=False,
+                       )->list[Path]: # the plans files written
+    "Fingerprint, plan and preprocess datasets: `nnUNetv2_plan_and_preprocess`."
+    from nnunet_nb.fingerprint import extract_fingerprint
+    from nnunet_nb.planning import plan_experiment
+    datasets = [datasets] if isinstance(datasets, (int, str)) else list(datasets)
+    plans_files = []
+    for d in datasets:
+        extract_fingerprint(d, num_processes_fingerprint, clean=clean, verify_dataset_integrity=verify_dataset_integrity,
+                            raw=raw, preprocessed=preprocessed, progress=progress)
+        plans_file = plan_experiment(d, planner, gpu_memory_target_in_gb, overwrite_target_spacing, overwrite_plans_name,
+                                     preprocessed=preprocessed, raw=raw, verbose=verbose)
+        plans_files.append(plans_file)
+        if not no_preprocessing:
+            preprocess(d, configurations, num_processes, Plans.load(plans_file).plans_name, clean, raw, preprocessed,
+                       progress, verbose)
+    return plans_files

@@ -252,7 +252,7 @@ def natural_2d_case(rng:np.random.Generator,
     rgb += rng.normal(0, rng.uniform(3, 8), rgb.shape)
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8), label
 
-# %% ../nbs/03_synthetic.ipynb #db86c26f
+# %% ../nbs/03_synthetic.ipynb #988c2c0e
 KINDS = ('ct', 'mr', '2d')
 SIZE_NAMES = ('tiny', 'small', 'large')
 
@@ -268,7 +268,7 @@ class SizeSpec:
 EXAMPLE_SIZES = {
     'ct': {'tiny':  SizeSpec(((10, 14), (28, 40), (28, 40)), ((3.0, 5.0), (0.7, 1.0)), 6, 2, 1.0),
            'small': SizeSpec(((32, 48), (96, 128), (96, 128)), ((3.0, 5.0), (0.7, 1.0)), 24, 6, 0.9),
-           'large': SizeSpec(((180, 240), (240, 300), (240, 300)), ((1.0, 1.5), (0.7, 0.9)), 10, 2, 0.9)},
+           'large': SizeSpec(((240, 280), (300, 340), (300, 340)), ((1.0, 1.5), (0.7, 0.9)), 10, 2, 0.9)},
     'mr': {'tiny':  SizeSpec(((18, 24), (22, 28), (22, 28)), ((1.0, 1.4), (0.9, 1.1)), 6, 2, 1.0),
            'small': SizeSpec(((48, 64), (64, 80), (64, 80)), ((1.0, 1.4), (0.9, 1.1)), 24, 6, 0.9),
            'large': SizeSpec(((224, 272), (256, 304), (256, 304)), ((0.9, 1.1), (0.9, 1.1)), 10, 2, 0.9)},
@@ -289,7 +289,7 @@ KIND_INFO = {   # what dataset.json says about each kind
                description='Synthetic RGB endoscopy/histology-like 2D images: a structure and lesions inside it.'),
 }
 
-GENERATOR_VERSION = 1   # bump when the drawn data change, so an existing dataset is recognised as different
+GENERATOR_VERSION = 2   # bump when the drawn data change, so an existing dataset is recognised as different
 
 def _check_kind_size(kind:str, size:str):
     if kind not in KINDS: raise ValueError(f"Unknown example dataset kind {kind!r}: use one of {', '.join(KINDS)}.")
