@@ -114,7 +114,12 @@ def training_output_folder(dataset:int|str, trainer:str='nnUNetTrainer', plans:s
     folder = results/dataset_name(dataset, [results] if results is not None else None)/model_folder_name(trainer, plans, configuration)
     return folder if fold is None else folder/f'fold_{fold}'
 
-# %% ../nbs/00_paths.ipynb #14c6ddd4
+# %% ../nbs/00_paths.ipynb #10aa12cf
+def _default_file_mode()->int:
+    "The mode a plain `open(path, 'w')` would give a new file under the current umask (mkstemp gives 0600)."
+    umask = os.umask(0); os.umask(umask)
+    return 0o666 & ~umask
+
 def atomic_write_bytes(path:str|Path, data:bytes)->Path:
     "Write `data` to `path` via a temporary file in the same folder and an atomic rename."
     path = Path(path)
@@ -123,6 +128,7 @@ def atomic_write_bytes(path:str|Path, data:bytes)->Path:
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
