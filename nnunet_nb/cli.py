@@ -163,7 +163,7 @@ def plan_and_preprocess(d:Flag('dataset ids or names', str, nargs='+'),
             overwrite_plans_name, no_pp, c, np[0] if np and len(np) == 1 else np, verbose=verbose):
         print(f'planned {plans_file}')
 
-# %% ../nbs/15_cli.ipynb #c248c768
+# %% ../nbs/15_cli.ipynb #03986da4
 @call_parse
 @user_errors_exit
 def train(dataset_name_or_id:Param('dataset id or name', str),
@@ -181,11 +181,13 @@ def train(dataset_name_or_id:Param('dataset id or name', str),
           device:Flag('cuda, cpu or mps', str)='cuda',
           epochs:Param('number of epochs (default: the trainer\'s, 1000)', int)=None,
           iterations_per_epoch:Param('training iterations per epoch (default 250)', int)=None,
-          save_every:Param('epochs between checkpoint_latest.pth (default 50)', int)=None):
+          save_every:Param('epochs between checkpoint_latest.pth (default 50)', int)=None,
+          val_iterations_per_epoch:Param('validation iterations per epoch (default 50)', int)=None):
     "Train one fold of a configuration (nnUNetv2_train)."
     fold = fold if fold == 'all' else int(fold)
     out = _training.train(dataset_name_or_id, configuration, fold, tr, p, pretrained_weights, num_gpus, npz, c, val,
-                          val_best, disable_checkpointing, device, epochs, iterations_per_epoch, save_every)
+                          val_best, disable_checkpointing, device, epochs, iterations_per_epoch, save_every,
+                          val_iterations_per_epoch)
     print(f'fold folder: {out}')
 
 # %% ../nbs/15_cli.ipynb #5e75f5dc

@@ -24,7 +24,7 @@ from .preprocessing import preprocess_case, preprocess_case_arrays, resampling_f
 # %% auto #0
 __all__ = ['SIGMA_SCALE', 'TILE_BATCH_VOXELS', 'SLAB', 'InferenceError', 'tile_starts', 'full_patch', 'tile_grid', 'pad_to_patch',
            'gaussian_importance_map', 'mirror_combinations', 'load_checkpoint', 'input_channels',
-           'check_plans_and_dataset', 'Predictor', 'available_folds', 'probabilities_from_logits',
+           'check_plans_and_dataset', 'Predictor', 'clean_state_dict', 'available_folds', 'probabilities_from_logits',
            'segmentation_from_probabilities', 'revert_preprocessing', 'export_prediction', 'one_hot_previous_stage',
            'find_input_cases']
 
@@ -156,7 +156,7 @@ def check_plans_and_dataset(plans, configuration:str, dataset_json,
                              f"but {dataset_file} declares {ds.num_channels} channel(s) ({ds.channel_names}). The two files "
                              "belong to different datasets: copy the plans.json and dataset.json the model was trained with.")
 
-# %% ../nbs/09_inference.ipynb #a9d4753d
+# %% ../nbs/09_inference.ipynb #9667abb4
 TILE_BATCH_VOXELS = 2 ** 18  # default tiles per forward pass: as many as fit this many voxels (at least 1, at most 8)
 
 class Predictor:
@@ -202,12 +202,13 @@ class Predictor:
 
     def load_weights(self, state_dicts:Sequence[dict])->Predictor:
         "Ensemble these state dicts (one per fold); without any, the network's own weights are used."
-        self.state_dicts = [_clean_state_dict(s) for s in state_dicts]
+        self.state_dicts = [clean_state_dict(s) for s in state_dicts]
         if self.state_dicts: self.network.load_state_dict(self.state_dicts[0])
         return self
 
-# %% ../nbs/09_inference.ipynb #f7ee58de
-def _clean_state_dict(state:dict)->dict:
+# %% ../nbs/09_inference.ipynb #b31666ab
+def clean_state_dict(state:dict)->dict:
+    "Weights without the `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes a training run may leave."
     out = {}
     for k, v in state.items():
         for prefix in ('module.', '_orig_mod.'):
@@ -294,7 +295,7 @@ def predict_logits(self:Predictor,
     logits = logits[(slice(None),) + keep]
     return logits.cpu() if logits.device.type != 'cpu' else logits
 
-# %% ../nbs/09_inference.ipynb #cd58bf86
+# %% ../nbs/09_inference.ipynb #2afbd6e6
 def available_folds(model_folder:str|Path, checkpoint_name:str='checkpoint_final.pth')->list:
     "The folds of a model folder that have `checkpoint_name` (ints, and 'all' for `fold_all`)."
     out = []
@@ -366,7 +367,7 @@ def from_model_folder(cls:Predictor, folder:str|Path,             # `Trainer__Pl
     in_channels = input_channels(plans, configuration, dataset_json)
     num_heads = _dataset(dataset_json).num_segmentation_heads
     network = build_network(config['architecture'], in_channels, num_heads, deep_supervision=False)
-    states = [_clean_state_dict(c['network_weights']) for c in checkpoints]
+    states = [clean_state_dict(c['network_weights']) for c in checkpoints]
     for f, s in zip(folds, states): _check_weights(network, s, folder/f'fold_{f}'/checkpoint_name, in_channels, num_heads)
     kwargs.setdefault('allowed_mirroring_axes', checkpoints[0].get('inference_allowed_mirroring_axes'))
     if kwargs['allowed_mirroring_axes'] is None: kwargs['allowed_mirroring_axes'] = ()
@@ -467,7 +468,7 @@ def export_prediction(logits,                        # `[classes, *preprocessed 
     writer = reader_writer_class(dataset_json.get('overwrite_image_reader_writer') or plans.image_reader_writer)()
     return write_seg(seg, out, props, writer)
 
-# %% ../nbs/09_inference.ipynb #4a95a65d
+# %% ../nbs/09_inference.ipynb #28f162ff
 def one_hot_previous_stage(seg:np.ndarray,                 # `[1, z, y, x]` or `[z, y, x]` preprocessed labels (-1 outside the crop)
                            foreground_labels:Sequence[int], # dataset.json's labels other than background and ignore
                            dtype=np.float32)->np.ndarray:   # `[len(foreground_labels), z, y, x]`
@@ -486,7 +487,8 @@ def preprocess(self:Predictor,
     cascade = bool(self.config.get('previous_stage'))
     if cascade and previous_stage is None:
         raise InferenceError(f"Configuration {self.configuration_name!r} is a cascade stage after "
-                             f"{self.config['previous_stage']!r}: pass previous_stage_predictions (that stage's segmentations).")
+                             f"{self.config['previous_stage']!r}: pass previous_stage_predictions (that stage's segmentations; "
+                             "-prev_stage_predictions DIR on the command line).")
     if isinstance(case, tuple) and len(case) == 2 and isinstance(case[1], dict):
         data, props = case
         seg = None
@@ -550,7 +552,7 @@ def find_input_cases(source,       # a folder of `{case}_{XXXX}{ending}` images,
                              "\nFix the files (one per channel, in channel order, with the model's file ending).")
     return cases
 
-# %% ../nbs/09_inference.ipynb #3d4007ab
+# %% ../nbs/09_inference.ipynb #c5d80654
 def _output_done(truncated:Path, ending:str, save_probabilities:bool)->bool:
     done = Path(str(truncated) + ending).is_file()
     return done and (not save_probabilities or Path(str(truncated) + '.npz').is_file())
@@ -577,7 +579,8 @@ def predict_from_files(self:Predictor,
     if self.config.get('previous_stage'):
         if previous_stage_predictions is None:
             raise InferenceError(f"Configuration {self.configuration_name!r} is a cascade stage after {self.config['previous_stage']!r}: "
-                                 "pass previous_stage_predictions, the folder with that stage's segmentations.")
+                                 "pass previous_stage_predictions (-prev_stage_predictions DIR on the command line), the folder with that "
+                                 "stage's segmentations of these cases.")
         previous = {c: Path(previous_stage_predictions)/f'{c}{ending}' for c in names}
         missing = [str(f) for f in previous.values() if not f.is_file()]
         if missing: raise InferenceError(f"{len(missing)} previous-stage segmentation(s) missing: {', '.join(missing[:5])}. "

@@ -4,7 +4,7 @@ nnUNet_* folders, and a hash of a folder to prove that a check wrote nothing.
 
 Import the plain functions with `from conftest import write_tiny_dataset, write_volume, folder_hashes`."""
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -101,3 +101,23 @@ def nnunet_folders(tmp_path, monkeypatch):
         folders[var].mkdir()
         monkeypatch.setenv(var, str(folders[var]))
     return folders
+
+
+BIN = Path(sys.executable).parent
+
+
+def run_console_script(*args, env, check=True, timeout=900):
+    "Run a `nnunet_nb_*` console script of this environment as a user would; assert success unless `check=False`."
+    result = subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
+    return result
+
+
+@pytest.fixture
+def nnunet_env(tmp_path):
+    "An environment for subprocesses with the three nnUNet_* folders in tmp_path."
+    env = dict(os.environ)
+    for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
+        env[name] = str(tmp_path/name)
+    return env

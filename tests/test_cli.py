@@ -1,30 +1,15 @@
 "End-to-end runs of the console scripts, as a user types them."
-import configparser, hashlib, os, subprocess, sys
+import configparser, hashlib, os, sys
 from pathlib import Path
 import pytest
+from conftest import run_console_script as run
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def console_scripts():
     cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
     return [line.split('=')[0].strip() for line in cfg['DEFAULT']['console_scripts'].split() if line.strip()]
-
-
-def run(*args, env=None, check=True):
-    result = subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, env=env, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
-    return result
-
-
-@pytest.fixture
-def nnunet_env(tmp_path):
-    env = dict(os.environ)
-    for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-        env[name] = str(tmp_path/name)
-    return env
 
 
 def folder_digest(folder):
@@ -33,7 +18,7 @@ def folder_digest(folder):
 
 @pytest.mark.parametrize('command', console_scripts())
 def test_every_command_has_help(command):
-    out = run(command, '-h').stdout
+    out = run(command, '-h', env=None).stdout
     assert 'usage:' in out and len(out.splitlines()) > 2, out
 
 

@@ -160,3 +160,43 @@ def test_cascade_channels(ct, tmp_path):
     assert tr['data'].shape[1] == 3 and set(torch.unique(tr['data'][:, 1:]).tolist()) <= {0.0, 1.0}
     with pytest.raises(DataloadingError, match='previous-stage'):
         CaseStore(ct['folder'], previous_stage_folder=tmp_path/'missing')
+
+
+def test_label_resampling_equals_per_label_interpolation():
+    "The shortcut (interpolate only where a cell's corners disagree) gives the per-label linear + argmax result."
+    rng = np.random.RandomState(1)
+    lab = np.zeros((30, 40, 36), np.int16)
+    z, y, x = np.ogrid[:30, :40, :36]
+    lab[((z - 15) / 10.) ** 2 + ((y - 20) / 14.) ** 2 + ((x - 18) / 12.) ** 2 < 1] = 1
+    lab[((z - 14) / 4.) ** 2 + ((y - 18) / 5.) ** 2 + ((x - 16) / 4.) ** 2 < 1] = 2
+    lab[:3] = -1
+    from nnunet_nb.dataloading import _rotation_matrix
+    for _ in range(3):
+        m = _rotation_matrix(rng.uniform(-0.5, 0.5, 3)) * rng.uniform(0.7, 1.4)
+        _, s = resample_patch(lab[None].astype(np.float32), lab[None], m, (20, 28, 28))
+        # brute force: every label (and "outside" as -1) through grid_sample on the padded input
+        padded = np.pad(lab, 1, constant_values=-1)
+        theta_in = torch.from_numpy(padded[None, None].astype(np.float32))
+        labels = np.unique(padded)
+        half = (np.array([20, 28, 28]) - 1) / 2
+        centre = (np.array(lab.shape) - 1) / 2 + 1
+        idx = np.indices((20, 28, 28)).reshape(3, -1).T - half
+        coords = idx @ m.T + centre
+        grid = torch.from_numpy((coords[:, ::-1] * 2 / (np.array(padded.shape)[::-1] - 1) - 1).astype(np.float32)).reshape(1, 20, 28, 28, 3)
+        scores = torch.cat([torch.nn.functional.grid_sample((theta_in == int(l)).float(), grid, align_corners=True,
+                                                            padding_mode='border') for l in labels], 1)[0]
+        expected = labels[scores.argmax(0).numpy()]
+        assert (s[0] == expected).mean() > 0.999, (s[0] == expected).mean()
+
+
+def test_simulated_low_resolution_is_nearest_down_linear_up():
+    from nnunet_nb.dataloading import SimulateLowResolution
+    x = np.random.RandomState(0).rand(2, 1, 8, 12, 14).astype(np.float32)
+    np.random.seed(0)
+    out = SimulateLowResolution((0.75, 0.75), p_per_sample=1, p_per_channel=1)(data=x.copy())['data']
+    t = torch.from_numpy(x)
+    expected = torch.nn.functional.interpolate(torch.nn.functional.interpolate(t, [6, 9, 10], mode='nearest-exact'),
+                                               [8, 12, 14], mode='trilinear').numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    kept = SimulateLowResolution((0.5, 0.5), p_per_sample=1, p_per_channel=1, ignore_axes=(0,))(data=x.copy())['data']
+    assert kept.shape == x.shape and not np.allclose(kept, x)

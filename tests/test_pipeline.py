@@ -1,17 +1,15 @@
 "The whole pipeline through the console scripts, as a nnU-Net user would type it, on a tiny CT dataset and a tiny network."
-import json, os, subprocess, sys
+import json, os
 from pathlib import Path
 import pytest
+from conftest import run_console_script
 from nnunet_nb.synthetic import make_example_dataset
 
-BIN = Path(sys.executable).parent
 PLANS = 'nnUNetPlansTiny'
 
 
 def run(*args, env):
-    result = subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, f'{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
-    return result.stdout
+    return run_console_script(*args, env=env).stdout
 
 
 def test_raw_to_evaluated_predictions(tmp_path, monkeypatch):
@@ -24,11 +22,11 @@ def test_raw_to_evaluated_predictions(tmp_path, monkeypatch):
     shrink_plans(41, target=PLANS, patch_size=[8, 32, 32], base_features=4)
     run('nnunet_nb_preprocess', '-d', 41, '-plans_name', PLANS, '-c', '3d_fullres', '-np', 1, env=env)
     for fold in (0, 1):
-        run('nnunet_nb_train', 41, '3d_fullres', fold, '-p', PLANS, '--epochs', 1, '--iterations_per_epoch', 2,
+        run('nnunet_nb_train', 41, '3d_fullres', fold, '-p', PLANS, '--epochs', 1, '--iterations_per_epoch', 2, '--val_iterations_per_epoch', 3,
             '-device', 'cpu', '--npz', env=env)
     model = Path(env['nnUNet_results'])/raw.name/f'nnUNetTrainer__{PLANS}__3d_fullres'
     for fold in (0, 1):
-        assert (model/f'fold_{fold}'/'checkpoint_final.pth').exists()
+        assert (model/f'fold_{fold}'/'checkpoint_final.pth').exists() and (model/f'fold_{fold}'/'network_architecture.png').exists()
         assert json.loads((model/f'fold_{fold}'/'validation'/'summary.json').read_text())['foreground_mean']['Dice'] >= 0
     out = run('nnunet_nb_find_best_configuration', 41, '-c', '3d_fullres', '-p', PLANS, '-f', 0, 1, '-np', 1, env=env)
     assert 'nnunet_nb_predict' in out, out

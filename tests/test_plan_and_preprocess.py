@@ -1,25 +1,13 @@
 "`nnunet_nb_plan_and_preprocess` end to end, as a user runs it, on every kind of example dataset."
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 import pytest
+from conftest import run_console_script as run
 from nnunet_nb.synthetic import make_example_dataset
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args, env, check=True):
-    result = subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, env=env, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
-    return result
 
 
 @pytest.fixture
-def env(tmp_path):
-    env = dict(os.environ)
-    for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-        env[name] = str(tmp_path/name)
-    return env
+def env(nnunet_env): return nnunet_env
 
 
 def files_and_mtimes(folder):
