@@ -553,11 +553,19 @@ def validation_transforms(mask_channels:Sequence[int]=(), cascade_labels:Sequenc
     if cascade_labels: t.append(SegToOneHotChannels(cascade_labels))
     return Compose(t)
 
-# %% ../nbs/07_dataloading.ipynb #d81c50b5
-def deep_supervision_scales(configuration:dict)->list[list[float]]:
-    "Per deep-supervision output, the scale of its target relative to the patch (from the plans' strides)."
-    strides = np.array(configuration['architecture']['arch_kwargs']['strides'], dtype=float)
-    return [list(map(float, s)) for s in 1 / np.cumprod(strides, axis=0)][:-1]
+# %% ../nbs/07_dataloading.ipynb #f63e25bb
+def _strides(configuration)->list:
+    if isinstance(configuration, dict):
+        if 'architecture' in configuration: return configuration['architecture']['arch_kwargs']['strides']
+        if 'pool_op_kernel_sizes' in configuration: return configuration['pool_op_kernel_sizes']   # older plans files
+        raise DataloadingError('configuration has neither "architecture" nor "pool_op_kernel_sizes": cannot derive deep-supervision scales.')
+    return configuration
+
+def deep_supervision_scales(configuration:dict|Sequence, # a resolved configuration dict, or the list of strides per stage
+                           )->list[list[float]]:
+    "Per deep-supervision output, the scale of its target relative to the patch: full resolution first, the bottleneck's dropped."
+    strides = np.array(_strides(configuration), dtype=float)
+    return [[float(v) for v in row] for row in (1 / np.cumprod(strides, axis=0))[:-1]]
 
 def downsample_nearest(seg:np.ndarray,          # `[b, c, *spatial]`
                        scale:Sequence[float],   # per spatial axis

@@ -14,15 +14,16 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['NetworkError', 'as_plans', 'as_dataset_json', 'configuration_of', 'num_input_channels', 'initialize_network',
-           'network_from_plans', 'deep_supervision_scales', 'deep_supervision_weights', 'onehot_target', 'SoftDiceLoss',
-           'softmax_over_channels', 'DiceCELoss', 'labels_to_regions', 'DiceBCELoss', 'DeepSupervisionLoss',
-           'loss_from_plans', 'predicted_onehot', 'predicted_segmentation', 'tp_fp_fn_per_class', 'pseudo_dice',
-           'architecture_stages', 'network_architecture_figure', 'draw_network_architecture']
+           'network_from_plans', 'deep_supervision_weights', 'onehot_target', 'SoftDiceLoss', 'softmax_over_channels',
+           'DiceCELoss', 'labels_to_regions', 'DiceBCELoss', 'DeepSupervisionLoss', 'loss_from_plans',
+           'predicted_onehot', 'predicted_segmentation', 'tp_fp_fn_per_class', 'pseudo_dice', 'architecture_stages',
+           'network_architecture_figure', 'draw_network_architecture']
 
-# %% ../nbs/08_network.ipynb #f749779e
+# %% ../nbs/08_network.ipynb #00f5fd73
 from .paths import atomic_write_bytes, load_json
 from .planning import Plans, build_network
 from .dataset import DatasetJson
+from .dataloading import deep_supervision_scales
 
 # %% ../nbs/08_network.ipynb #64e2697f
 class NetworkError(ValueError):
@@ -76,20 +77,7 @@ def network_from_plans(plans:Plans|dict|str|Path,        # the plans
                             deep_supervision=deep_supervision, device=device)
     return initialize_network(network) if initialize else network
 
-# %% ../nbs/08_network.ipynb #00cf8771
-def _strides(configuration)->list:
-    if isinstance(configuration, dict):
-        if 'architecture' in configuration: return configuration['architecture']['arch_kwargs']['strides']
-        if 'pool_op_kernel_sizes' in configuration: return configuration['pool_op_kernel_sizes']
-        raise NetworkError('configuration has neither "architecture" nor "pool_op_kernel_sizes": cannot derive deep-supervision scales.')
-    return configuration
-
-def deep_supervision_scales(configuration:dict|Sequence, # a resolved configuration dict, or the list of strides per stage
-                           )->list[list[float]]:
-    "Downsampling factor of each deep-supervision target per axis, full resolution first, the bottleneck's scale dropped."
-    strides = np.array(_strides(configuration), dtype=float)
-    return [[float(v) for v in row] for row in (1 / np.cumprod(strides, axis=0))[:-1]]
-
+# %% ../nbs/08_network.ipynb #48b45161
 def deep_supervision_weights(n:int,          # number of deep-supervision outputs (= len(deep_supervision_scales))
                              ddp:bool=False, # several processes: the lowest gets 1e-6 instead of 0
                             )->np.ndarray:
