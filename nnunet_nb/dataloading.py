@@ -553,7 +553,7 @@ def validation_transforms(mask_channels:Sequence[int]=(), cascade_labels:Sequenc
     if cascade_labels: t.append(SegToOneHotChannels(cascade_labels))
     return Compose(t)
 
-# %% ../nbs/07_dataloading.ipynb #f63e25bb
+# %% ../nbs/07_dataloading.ipynb #2b8c6254
 def _strides(configuration)->list:
     if isinstance(configuration, dict):
         if 'architecture' in configuration: return configuration['architecture']['arch_kwargs']['strides']
@@ -579,13 +579,20 @@ def downsample_nearest(seg:np.ndarray,          # `[b, c, *spatial]`
         out = np.take(out, index, axis=axis + 2)
     return out
 
-def labels_to_regions(seg:np.ndarray,             # `[b, 1, *spatial]` labels
-                      regions:Sequence[Sequence[int]], # each region: the labels it contains
-                     )->np.ndarray:                # `[b, len(regions), *spatial]` float32 0/1
-    "One binary channel per region."
-    return np.concatenate([np.isin(seg[:, :1], list(r)) for r in regions], 1).astype(np.float32)
+def labels_to_regions(seg,                        # label map with a size-1 channel axis: [1, *spatial] (numpy or torch)
+                      regions:Sequence,           # per region the label values it unites, e.g. [(1, 2, 3), (2, 3), (3,)]
+                      ignore_label:int|None=None, # append a last channel that is True where seg == ignore_label
+                      channel_axis:int=0,         # where the channel axis is (1 for batches [b, 1, *spatial])
+                     ):
+    "Boolean region targets: channel r is True where the label is one of `regions[r]` (plus the ignore channel)."
+    regions = [tuple(r) if isinstance(r, (list, tuple)) else (r,) for r in regions] + ([(ignore_label,)] if ignore_label is not None else [])
+    if isinstance(seg, torch.Tensor):
+        parts = [torch.isin(seg, torch.tensor(r, dtype=seg.dtype, device=seg.device)) for r in regions]
+        return torch.cat(parts, channel_axis)
+    seg = np.asarray(seg)
+    return np.concatenate([np.isin(seg, r) for r in regions], axis=channel_axis)
 
-# %% ../nbs/07_dataloading.ipynb #3ad5c255
+# %% ../nbs/07_dataloading.ipynb #07123c4d
 def default_num_workers()->int:
     "`nnUNet_n_proc_DA` when set, else usable cores - 1, between 0 and 12."
     env = os.environ.get('nnUNet_n_proc_DA')
@@ -617,7 +624,7 @@ class BatchMaker:
     def targets(self, seg:np.ndarray):
         seg = seg[:, :1].astype(np.float32)
         seg[seg < 0] = 0
-        if self.regions is not None: seg = labels_to_regions(seg, self.regions)
+        if self.regions is not None: seg = labels_to_regions(seg, self.regions, channel_axis=1).astype(np.float32)
         if self.target_transform is not None: seg = self.target_transform(seg)
         if self.scales is None: return torch.from_numpy(np.ascontiguousarray(seg))
         return [torch.from_numpy(np.ascontiguousarray(downsample_nearest(seg, s))) for s in self.scales]

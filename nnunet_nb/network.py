@@ -15,15 +15,15 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['NetworkError', 'as_plans', 'as_dataset_json', 'configuration_of', 'num_input_channels', 'initialize_network',
            'network_from_plans', 'deep_supervision_weights', 'onehot_target', 'SoftDiceLoss', 'softmax_over_channels',
-           'DiceCELoss', 'labels_to_regions', 'DiceBCELoss', 'DeepSupervisionLoss', 'loss_from_plans',
-           'predicted_onehot', 'predicted_segmentation', 'tp_fp_fn_per_class', 'pseudo_dice', 'architecture_stages',
+           'DiceCELoss', 'DiceBCELoss', 'DeepSupervisionLoss', 'loss_from_plans', 'predicted_onehot',
+           'predicted_segmentation', 'tp_fp_fn_per_class', 'pseudo_dice', 'architecture_stages',
            'network_architecture_figure', 'draw_network_architecture']
 
-# %% ../nbs/08_network.ipynb #00f5fd73
+# %% ../nbs/08_network.ipynb #5583f665
 from .paths import atomic_write_bytes, load_json
 from .planning import Plans, build_network
 from .dataset import DatasetJson
-from .dataloading import deep_supervision_scales
+from .dataloading import deep_supervision_scales, labels_to_regions
 
 # %% ../nbs/08_network.ipynb #64e2697f
 class NetworkError(ValueError):
@@ -154,20 +154,6 @@ class DiceCELoss(nn.Module):
         if self.weight_ce and any_left:
             ce = F.cross_entropy(logits, target[:, 0].long(), ignore_index=-100 if self.ignore_label is None else self.ignore_label)
         return self.weight_ce * ce + self.weight_dice * dice
-
-# %% ../nbs/08_network.ipynb #a651d164
-def labels_to_regions(seg,                        # label map with a size-1 channel axis: [1, *spatial] (numpy or torch)
-                      regions:Sequence,           # per region the label values it unites, e.g. [(1, 2, 3), (2, 3), (3,)]
-                      ignore_label:int|None=None, # append a last channel that is True where seg == ignore_label
-                      channel_axis:int=0,         # where the channel axis is (1 for batches [b, 1, *spatial])
-                     ):
-    "Boolean region targets: channel r is True where the label is one of `regions[r]` (plus the ignore channel)."
-    regions = [tuple(r) if isinstance(r, (list, tuple)) else (r,) for r in regions] + ([(ignore_label,)] if ignore_label is not None else [])
-    if isinstance(seg, torch.Tensor):
-        parts = [torch.isin(seg, torch.tensor(r, dtype=seg.dtype, device=seg.device)) for r in regions]
-        return torch.cat(parts, channel_axis)
-    seg = np.asarray(seg)
-    return np.concatenate([np.isin(seg, r) for r in regions], axis=channel_axis)
 
 # %% ../nbs/08_network.ipynb #384a5569
 class DiceBCELoss(nn.Module):
