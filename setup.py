@@ -31,6 +31,8 @@ package_data = dict()
 pkg_data = cfg.get('package_data', None)
 if pkg_data:
     package_data[cfg['lib_name']] = pkg_data.split()
+# The fold notebook nbs/runs/train_fold.ipynb ships as nnunet_nb/runs_nb/train_fold.ipynb (one file, no copy; see nnunet_nb.runs).
+package_data[cfg['lib_name'] + '.runs_nb'] = ['*.ipynb']
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -41,7 +43,8 @@ setuptools.setup(
                 ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]] +
                 (['License :: ' + lic[1]] if lic[1] else []),
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
+    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']) + [cfg['lib_name'] + '.runs_nb'],
+    package_dir={cfg['lib_name'] + '.runs_nb': 'nbs/runs'},
     include_package_data=True,
     package_data=package_data,
     install_requires=requirements,

@@ -266,7 +266,12 @@ def _label_rule_problems(ds:DatasetJson)->list[tuple[str, str, str]]:
             if inside: bad('labels', f'the ignore value {v} is part of the region(s) {inside}', 'remove the ignore value from every region')
     if values and values != list(range(len(values))):
         missing = sorted(set(range(max(values) + 1)) - set(values))
-        bad('labels', f'the values {values} are not consecutive from 0' + (f' (missing: {missing})' if missing else ''),
+        runs = [[m] for m in missing[:1]]
+        for m in missing[1:]:
+            if m == runs[-1][-1] + 1: runs[-1].append(m)
+            else: runs.append([m])
+        missing_text = ', '.join(str(r[0]) if len(r) == 1 else f'{r[0]}-{r[-1]}' for r in runs)  # 1-254, not 254 numbers
+        bad('labels', f'the values {values} are not consecutive from 0' + (f' (missing: {missing_text})' if missing else ''),
             'number the labels 0, 1, 2, ... without gaps (and relabel the segmentation files to match)')
     if ds.has_regions:
         n = len(ds.foreground_regions)

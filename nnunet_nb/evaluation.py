@@ -19,7 +19,7 @@ from .dataset import default_num_processes
 # %% auto #0
 __all__ = ['METRICS', 'SURFACE_METRICS', 'EvaluationError', 'region_mask', 'confusion_counts', 'dice_and_iou', 'surface_voxels',
            'surface_distances', 'hd95_and_nsd', 'label_key', 'compute_metrics_on_arrays', 'compute_metrics',
-           'matched_cases', 'summarize', 'evaluate_folder', 'labels_or_regions_from_dataset_json',
+           'matched_cases', 'summarize', 'summary_table', 'evaluate_folder', 'labels_or_regions_from_dataset_json',
            'ignore_label_from_dataset_json', 'evaluate_folder_with_json', 'evaluate_simple']
 
 # %% ../nbs/10_evaluation.ipynb #2aa6db68
@@ -238,6 +238,27 @@ def summarize(per_case:list[dict],         # `compute_metrics` results (keys: la
     foreground = [k for k in keys if k != '0']
     foreground_mean = {m: float(np.mean([mean[k][m] for k in foreground])) if foreground else float('nan') for m in metric_names}
     return {'foreground_mean': foreground_mean, 'mean': mean, 'metric_per_case': cases}
+
+# %% ../nbs/10_evaluation.ipynb #abf10233
+def summary_table(summary:dict,              # as `summarize` (or summary.json) has it
+                  metric:str='Dice',
+                  label_names:dict|None=None, # dataset.json `labels` (name -> value), for the column titles
+                 )->str:
+    "Plain-text table of one metric: case x label, then the per-label means and the foreground mean."
+    cases = summary['metric_per_case']
+    keys = list(summary['mean'])
+    names = {label_key(v) if not isinstance(v, str) else v: k for k, v in (label_names or {}).items()}
+    titles = [f'{k} {names[k]}' if k in names else k for k in keys]
+    case_names = [Path(c['prediction_file']).name for c in cases]
+    width = max([len(n) for n in case_names] + [len('foreground mean')])
+    fmt = lambda v: 'nan' if v is None or v != v else f'{v:.4f}'
+    cols = [max(len(t), 6) for t in titles]
+    line = lambda first, values: '  '.join([first.ljust(width)] + [v.rjust(w) for v, w in zip(values, cols)])
+    rows = [line('case', titles)]
+    rows += [line(n, [fmt(c['metrics'][k][metric]) for k in keys]) for n, c in zip(case_names, cases)]
+    rows.append(line('mean', [fmt(summary['mean'][k][metric]) for k in keys]))
+    rows.append(f"{'foreground mean'.ljust(width)}  {fmt(summary['foreground_mean'][metric])}")
+    return '\n'.join(rows)
 
 # %% ../nbs/10_evaluation.ipynb #4ef3793e
 def _one_thread():

@@ -24,9 +24,9 @@ from .preprocessing import preprocess_case, preprocess_case_arrays, resampling_f
 # %% auto #0
 __all__ = ['SIGMA_SCALE', 'TILE_BATCH_VOXELS', 'SLAB', 'InferenceError', 'tile_starts', 'full_patch', 'tile_grid', 'pad_to_patch',
            'gaussian_importance_map', 'mirror_combinations', 'load_checkpoint', 'input_channels',
-           'check_plans_and_dataset', 'Predictor', 'clean_state_dict', 'available_folds', 'probabilities_from_logits',
-           'segmentation_from_probabilities', 'revert_preprocessing', 'export_prediction', 'one_hot_previous_stage',
-           'find_input_cases']
+           'check_plans_and_dataset', 'resolve_device', 'Predictor', 'clean_state_dict', 'available_folds',
+           'probabilities_from_logits', 'segmentation_from_probabilities', 'revert_preprocessing', 'export_prediction',
+           'one_hot_previous_stage', 'find_input_cases']
 
 # %% ../nbs/09_inference.ipynb #77a38b0a
 class InferenceError(ValueError):
@@ -156,7 +156,23 @@ def check_plans_and_dataset(plans, configuration:str, dataset_json,
                              f"but {dataset_file} declares {ds.num_channels} channel(s) ({ds.channel_names}). The two files "
                              "belong to different datasets: copy the plans.json and dataset.json the model was trained with.")
 
-# %% ../nbs/09_inference.ipynb #9667abb4
+# %% ../nbs/09_inference.ipynb #735cb580
+def resolve_device(device:str|torch.device, # 'cuda', 'cuda:1', 'cpu', 'mps' or a torch.device
+                   rank:int=0,               # DDP process: an unnumbered 'cuda' becomes GPU `rank` (modulo the GPUs here)
+                  )->torch.device:
+    "The torch device for `device`, or a `ValueError` saying that this machine lacks it."
+    try: device = device if isinstance(device, torch.device) else torch.device(str(device))
+    except RuntimeError: raise ValueError(f"-device {device}: use cuda, cpu or mps.") from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError("-device cuda was asked for but CUDA is not available here. Use -device cpu (or mps on Apple silicon).")
+        return torch.device('cuda', rank % torch.cuda.device_count() if device.index is None else device.index)
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError("-device mps was asked for but MPS is not available here. Use -device cpu.")
+    if device.type not in ('cpu', 'cuda', 'mps'): raise ValueError(f"-device {device}: use cuda, cpu or mps.")
+    return device
+
+# %% ../nbs/09_inference.ipynb #660bb4d2
 TILE_BATCH_VOXELS = 2 ** 18  # default tiles per forward pass: as many as fit this many voxels (at least 1, at most 8)
 
 class Predictor:
@@ -179,7 +195,7 @@ class Predictor:
         self.config = self.plans.configuration(configuration)
         self.dataset_json = _as_dataset_json(dataset_json)
         self.dataset = _dataset(self.dataset_json)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.patch_size = [int(p) for p in self.config['patch_size']]
         self.num_heads = self.dataset.num_segmentation_heads

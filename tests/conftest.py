@@ -1,10 +1,11 @@
 """Shared helpers and fixtures for the pytest suite: tiny raw datasets in nnU-Net v2 format, built with
 SimpleITK directly (independent of nnunet_nb, so a bug there cannot hide in the fixtures), isolated
-nnUNet_* folders, and a hash of a folder to prove that a check wrote nothing.
+nnUNet_* folders, a hash of a folder to prove that a check wrote nothing, and (built with nnunet_nb itself, for the
+training tests) the tiny CT example planned and preprocessed with small plans.
 
 Import the plain functions with `from conftest import write_tiny_dataset, write_volume, folder_hashes`."""
 from __future__ import annotations
-import hashlib, json, os, subprocess, sys
+import contextlib, hashlib, json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -101,6 +102,34 @@ def nnunet_folders(tmp_path, monkeypatch):
         folders[var].mkdir()
         monkeypatch.setenv(var, str(folders[var]))
     return folders
+
+
+@contextlib.contextmanager
+def planned_tiny_ct(root, dataset_ids, plans='nnUNetPlansTiny', patch_size=(8, 32, 32)):
+    """nnUNet_* folders under `root`, set in os.environ (no augmentation workers) while inside, each dataset id holding
+    the tiny CT example fingerprinted, planned, shrunk to `plans` (3d_fullres, `patch_size`) and preprocessed."""
+    from nnunet_nb.synthetic import make_example_dataset
+    from nnunet_nb.fingerprint import extract_fingerprint
+    from nnunet_nb.planning import plan_experiment
+    from nnunet_nb.preprocessing import preprocess
+    from nnunet_nb.training import shrink_plans
+    names = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results', 'nnUNet_n_proc_DA')
+    old = {v: os.environ.get(v) for v in names}
+    try:
+        for v in names[:3]:
+            (Path(root)/v).mkdir(exist_ok=True); os.environ[v] = str(Path(root)/v)
+        os.environ['nnUNet_n_proc_DA'] = '0'
+        for d in dataset_ids:
+            make_example_dataset(d, 'ct', size='tiny', num_processes=1, progress=False)
+            extract_fingerprint(d, num_processes=1)
+            plan_experiment(d)
+            shrink_plans(d, target=plans, patch_size=list(patch_size))
+            preprocess(d, ['3d_fullres'], 1, plans_name=plans, progress=False)
+        yield Path(root)
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 
 BIN = Path(sys.executable).parent

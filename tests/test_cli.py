@@ -34,6 +34,23 @@ def test_example_dataset_verify_and_overlays(nnunet_env, tmp_path):
     assert folder_digest(folder) == before
 
 
+def test_prediction_pngs_and_dice_table(nnunet_env, tmp_path):
+    "A folder of predictions (here: copies of two labels) -> one PNG per case, and evaluate_folder prints a Dice table."
+    import shutil
+    run('nnunet_nb_make_example_dataset', '-d', 14, '--kind', 'ct', '--size', 'tiny', '-np', 1, env=nnunet_env)
+    folder = next(Path(nnunet_env['nnUNet_raw']).glob('Dataset014_*'))
+    predictions = tmp_path/'predictions'; predictions.mkdir()
+    for f in sorted((folder/'labelsTr').iterdir())[:2]: shutil.copy(f, predictions/f.name)
+    run('nnunet_nb_plot_overlay_pngs', '-d', 14, '-o', tmp_path/'png', '--predictions', predictions, '-np', 1, env=nnunet_env)
+    assert sorted(p.name for p in (tmp_path/'png').iterdir()) == ['case_000.png', 'case_001.png']
+    plans = tmp_path/'plans.json'; plans.write_text('{"image_reader_writer": "SimpleITKIO"}')
+    out = run('nnunet_nb_evaluate_folder', folder/'labelsTr', predictions, '-djfile', folder/'dataset.json', '-pfile', plans,
+              '-o', tmp_path/'summary.json', '-np', 1, '--chill', env=nnunet_env).stdout
+    assert 'case_000.nii.gz' in out and 'case_001.nii.gz' in out and 'foreground mean' in out and '1.0000' in out, out
+    bad = run('nnunet_nb_plot_overlay_pngs', '-d', 14, '-o', tmp_path/'png2', '--predictions', tmp_path/'png', env=nnunet_env, check=False)
+    assert bad.returncode == 1 and 'holds no .nii.gz segmentations' in bad.stderr
+
+
 def test_existing_dataset_is_not_overwritten(nnunet_env):
     run('nnunet_nb_make_example_dataset', '-d', 13, '--kind', '2d', '--size', 'tiny', '-np', 1, env=nnunet_env)
     folder = next(Path(nnunet_env['nnUNet_raw']).glob('Dataset013_*'))

@@ -128,7 +128,12 @@ def test_num_training_mismatch(tiny_dataset):
 
 def test_non_consecutive_labels(tiny_dataset):
     edit_json(tiny_dataset, labels={'background': 0, 'outer': 1, 'inner': 2, 'rare': 4})
-    check(tiny_dataset, 'dataset.json', 'not consecutive from 0 (missing: [3])')
+    check(tiny_dataset, 'dataset.json', 'not consecutive from 0 (missing: 3)')
+
+
+def test_missing_label_values_are_shown_as_ranges(tiny_dataset):
+    edit_json(tiny_dataset, labels={'background': 0, 'outer': 1, 'inner': 5, 'mask': 255})
+    check(tiny_dataset, 'dataset.json', '(missing: 2-4, 6-254)')
 
 
 def test_ignore_label_not_highest(tiny_dataset):

@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import planned_tiny_ct
 
-from nnunet_nb.synthetic import make_example_dataset
-from nnunet_nb.fingerprint import extract_fingerprint
-from nnunet_nb.planning import plan_experiment, Plans
-from nnunet_nb.preprocessing import preprocess
+from nnunet_nb.planning import Plans
 from nnunet_nb.network import network_from_plans
-from nnunet_nb.training import (train, load_checkpoint, save_checkpoint, CHECKPOINT_KEYS, TrainingError, shrink_plans,
+from nnunet_nb.training import (train, load_checkpoint, save_checkpoint, CHECKPOINT_KEYS, TrainingError,
                                 poly_lr, load_pretrained_weights, newest_checkpoint, kfold_split, trainer_class)
 
 FIXTURE = Path('/work/shared/fixtures/nnunetv2_tiny/model')
@@ -24,22 +22,9 @@ FAST = dict(plans=PLANS, device='cpu', iterations_per_epoch=2, validation_iterat
 @pytest.fixture(scope='module')
 def folders(tmp_path_factory):
     "nnUNet_* folders for this module, with two tiny preprocessed CT datasets (460, 461) and shrunken plans."
-    root = tmp_path_factory.mktemp('training')
-    old = {v: os.environ.get(v) for v in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results', 'nnUNet_n_proc_DA')}
-    for v in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-        (root/v).mkdir(); os.environ[v] = str(root/v)
-    os.environ['nnUNet_n_proc_DA'] = '0'
-    torch.set_num_threads(1)
-    for d in (460, 461):
-        make_example_dataset(d, 'ct', size='tiny', num_processes=1, progress=False)
-        extract_fingerprint(d, num_processes=1)
-        plan_experiment(d)
-        shrink_plans(d, target=PLANS, patch_size=[8, 32, 32])
-        preprocess(d, ['3d_fullres'], 1, plans_name=PLANS, progress=False)
-    yield root
-    for k, v in old.items():
-        if v is None: os.environ.pop(k, None)
-        else: os.environ[k] = v
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    with planned_tiny_ct(tmp_path_factory.mktemp('training'), (460, 461), PLANS) as root: yield root
+    torch.set_num_threads(threads)
 
 
 def results(root, d, fold, trainer='nnUNetTrainer'):
@@ -48,10 +33,7 @@ def results(root, d, fold, trainer='nnUNetTrainer'):
 
 
 def test_full_fold_then_extend(folders):
-    t0 = time.time()
     folder = train(460, '3d_fullres', 0, epochs=2, **FAST)
-    seconds = time.time() - t0
-    assert seconds < 60, seconds
     names = {p.name for p in folder.iterdir()}
     assert {'checkpoint_final.pth', 'checkpoint_best.pth', 'debug.json', 'progress.png', 'validation'} <= names
     assert 'checkpoint_latest.pth' not in names            # removed when the run finished
@@ -81,6 +63,22 @@ def test_full_fold_then_extend(folders):
     (folder/'validation'/'summary.json').unlink()
     train(460, '3d_fullres', 0, only_validation=True, validation_with_best=True, **FAST)
     assert (folder/'validation'/'summary.json').is_file()
+
+
+def test_no_mirroring_trainers(folders):
+    "nnUNetTrainerNoMirroring: no mirror augmentation, and a model whose predictor does not mirror either."
+    from nnunet_nb.inference import Predictor
+    folder = train(461, '3d_fullres', 3, epochs=1, trainer='nnUNetTrainerNoMirroring', **FAST)
+    assert folder.parent.name == f'nnUNetTrainerNoMirroring__{PLANS}__3d_fullres'
+    ck = load_checkpoint(folder/'checkpoint_final.pth')
+    assert ck['inference_allowed_mirroring_axes'] is None and ck['trainer_name'] == 'nnUNetTrainerNoMirroring'
+    predictor = Predictor.from_model_folder(folder.parent, folds=[3], device='cpu')
+    assert predictor.mirror_axes == ()
+    pre = folders/'nnUNet_preprocessed'/folder.parent.parent.name
+    only01 = trainer_class('nnUNetTrainer_onlyMirror01')(pre/f'{PLANS}.json', '3d_fullres', 0, pre/'dataset.json', progress=False)
+    assert only01.mirror_axes == (0, 1)
+    train_batches, _ = only01.batches(['case_000', 'case_001'], ['case_002'])
+    assert train_batches.settings.mirror_axes == (0, 1)
 
 
 def test_checkpoint_round_trip_and_fixture(folders, tmp_path):
