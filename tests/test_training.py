@@ -180,3 +180,18 @@ def test_ddp_gloo_two_processes(folders):
     ck = load_checkpoint(folder/'checkpoint_final.pth')
     assert ck['current_epoch'] == 2 and not any(k.startswith('module.') for k in ck['network_weights'])
     assert (folder/'validation'/'summary.json').is_file()
+
+
+def test_torchrun_two_processes(folders):
+    "The torchrun path (also what `torchrun --nnodes N` runs on each node): the processes exist, train() joins them."
+    torchrun, script = Path(sys.executable).parent/'torchrun', Path(sys.executable).parent/'nnunet_nb_train'
+    result = subprocess.run([str(torchrun), '--standalone', '--nnodes', '1', '--nproc_per_node', '2', str(script),
+                             '461', '3d_fullres', '1', '-p', PLANS, '-device', 'cpu', '--epochs', '1',
+                             '--iterations_per_epoch', '2', '--val_iterations_per_epoch', '1'],
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = results(folders, 461, 1)
+    debug = json.loads((folder/'debug.json').read_text())
+    assert debug['world_size'] == 2 and debug['batch_size_this_process'] == 1
+    assert load_checkpoint(folder/'checkpoint_final.pth')['current_epoch'] == 1
+    assert (folder/'validation'/'summary.json').is_file()
