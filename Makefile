@@ -63,7 +63,7 @@ test-pytest: chromium
 
 # The main job, on the built-in example dataset (CPU, minutes). Data goes to $(DEMO)/.
 # The commands are the ones a nnU-Net user types (nnUNetv2_<verb> -> nnunet_nb_<verb>). Two things are sized for a CPU:
-# a copy of the plans with small patches and networks (nnUNetPlansDemo, by training.shrink_plans) and the training
+# a copy of the plans with small patches and networks (nnUNetPlansDemo, by nnunet_nb_shrink_plans) and the training
 # budget (DEMO_BUDGET; nnU-Net's is 1000 epochs x 250 iterations on a GPU). Tiny networks run fastest with one thread
 # per process on a small machine (OMP_NUM_THREADS=1; the augmentation runs in one more process).
 DEMO_BUDGET ?= --epochs 50 --iterations_per_epoch 25 --val_iterations_per_epoch 5
@@ -76,8 +76,7 @@ demo: install
 	name=$$($(BIN)/nnunet_nb_find_dataset 1); raw=$$nnUNet_raw/$$name; results=$$nnUNet_results/$$name; \
 	step $(BIN)/nnunet_nb_plot_overlay_pngs -d 1 -o $$out/overlays -np $(NP); \
 	step $(BIN)/nnunet_nb_plan_and_preprocess -d 1 -c 2d 3d_fullres --verify_dataset_integrity -npfp $(NP) -np $(NP); \
-	step $(PY) -c "from nnunet_nb.training import shrink_plans; print('CPU-sized plans:', shrink_plans(1, \
-	  target='nnUNetPlansDemo', configuration=['2d', '3d_fullres'], patch_size={'2d': [32, 32], '3d_fullres': [8, 32, 32]}))"; \
+	step $(BIN)/nnunet_nb_shrink_plans -d 1 -c 2d 3d_fullres -o nnUNetPlansDemo --patch_size 2d=32x32 3d_fullres=8x32x32; \
 	step $(BIN)/nnunet_nb_preprocess -d 1 -plans_name nnUNetPlansDemo -c 2d 3d_fullres -np $(NP); \
 	step $(BIN)/nnunet_nb_run_folds -d 1 -c 2d 3d_fullres -f 0 1 -p nnUNetPlansDemo --npz $(DEMO_BUDGET) -device cpu; \
 	step $(BIN)/nnunet_nb_find_best_configuration 1 -c 2d 3d_fullres -p nnUNetPlansDemo -f 0 1 -np $(NP); \

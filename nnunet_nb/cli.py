@@ -21,7 +21,7 @@ __all__ = ['USER_ERRORS', 'DEFAULT_FINGERPRINT_EXTRACTOR', 'DEFAULT_PREPROCESSOR
            'train', 'run_folds', 'checked_device', 'predict', 'predict_from_modelfolder', 'evaluate_folder',
            'evaluate_simple', 'find_best_configuration', 'determine_postprocessing', 'apply_postprocessing', 'ensemble',
            'export_model_to_zip', 'install_pretrained_model_from_zip', 'download_pretrained_model_by_url',
-           'export_onnx', 'make_example_dataset', 'plot_overlay_pngs']
+           'export_onnx', 'make_example_dataset', 'plot_overlay_pngs', 'shrink_plans']
 
 # %% ../nbs/15_cli.ipynb #6225b3b5
 class Flag(Param):
@@ -417,3 +417,27 @@ def plot_overlay_pngs(d:Flag('dataset id or name', str),
     if predictions: files = _viewer.plot_prediction_pngs(d, predictions, o, num_processes=np)
     else: files = _viewer.plot_overlay_pngs(d, o, channel=channel_idx, opacity=overlay_intensity, num_processes=np)
     print(f'wrote {len(files)} PNGs to {o}')
+
+# %% ../nbs/15_cli.ipynb #56a1b3ad
+def _patch_sizes(values:list[str]|None)->dict|list|None:
+    "`--patch_size` values: `8x32x32` (every configuration with 3 axes) or `2d=32x32 3d_fullres=8x32x32`."
+    if not values: return None
+    try:
+        if len(values) == 1 and '=' not in values[0]: return [int(v) for v in values[0].split('x')]
+        return {name: [int(v) for v in patch.split('x')] for name, patch in (v.split('=', 1) for v in values)}
+    except ValueError: raise ValueError(f"--patch_size {' '.join(values)}: write 8x32x32, or 2d=32x32 3d_fullres=8x32x32.") from None
+
+@call_parse
+@user_errors_exit
+def shrink_plans(d:Flag('dataset id or name', str),
+                 c:Flag('configurations to keep and shrink', str, nargs='+')=['2d', '3d_fullres'],
+                 p:Flag('plans identifier to read', str)='nnUNetPlans',
+                 o:Flag('plans identifier to write', str)='nnUNetPlansSmall',
+                 patch_size:Param('8x32x32 (for every configuration with 3 axes) or 2d=32x32 3d_fullres=8x32x32 '
+                                  '(default: half the planned patch)', str, nargs='+')=None,
+                 batch_size:Param('batch size', int)=2,
+                 features:Param('features of the first stage (doubling per stage; planned: 32)', int)=4):
+    "Copy a plans file with small configurations (CPU demos, quick checks); then preprocess with `-plans_name O`."
+    out = _training.shrink_plans(d, source=p, target=o, configuration=c, patch_size=_patch_sizes(patch_size),
+                                 batch_size=batch_size, base_features=features)
+    print(f'wrote {out}')

@@ -18,7 +18,8 @@ from .paths import (preprocessed_folder, results_folder, dataset_name, training_
 from .dataset import DatasetJson
 from .planning import Plans
 from .preprocessing import load_case, complete_cases, resampling_function
-from .inference import clean_state_dict, resolve_device, load_checkpoint as read_checkpoint, InferenceError
+from .inference import (clean_state_dict, resolve_device, load_checkpoint as read_checkpoint, InferenceError,
+                                 keep_freed_memory)
 from .network import (network_from_plans, loss_from_plans, deep_supervision_scales, deep_supervision_weights,
                                tp_fp_fn_per_class, pseudo_dice, num_input_channels, draw_network_architecture)
 
@@ -387,6 +388,7 @@ class Trainer:
         self.settings = settings or type(self).settings
         self.trainer_name = 'nnUNetTrainer' if type(self) is Trainer else type(self).__name__
         self.device = torch.device(device)
+        if self.device.type == 'cpu': keep_freed_memory()  # reuse freed activations' memory: ~0.65x s/iteration
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
         self.progress, self.checkpointing, self.seed = progress, checkpointing, seed
         self.preprocessed = Path(preprocessed_dataset_folder) if preprocessed_dataset_folder else preprocessed_folder()/self.plans.dataset_name
@@ -808,6 +810,9 @@ def shrink_plans(dataset:int|str, source:str='nnUNetPlans', target:str='nnUNetPl
         c['data_identifier'], c['batch_size'] = f'{target}_{n}', batch_size
         strides = np.prod(c['architecture']['arch_kwargs']['strides'], 0)
         patch = patch_size.get(n) if isinstance(patch_size, dict) else patch_size if patch_size is not None and len(patch_size) == len(strides) else None
+        if patch is not None and (len(patch) != len(strides) or any(int(p) % int(s) for p, s in zip(patch, strides))):
+            raise TrainingError(f"patch size {list(patch)} for {n}: it needs {len(strides)} axes, each a multiple of the network's "
+                                f"total stride {[int(s) for s in strides]}.")
         c['patch_size'] = [int(p) for p in (patch or np.maximum(strides, np.array(c['patch_size']) // strides // 2 * strides))]
         a = c['architecture']['arch_kwargs']
         a['features_per_stage'] = [base_features * 2 ** i for i in range(a['n_stages'])]
