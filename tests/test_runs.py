@@ -63,7 +63,7 @@ def test_folds_done_failed_then_skipped(folders, capsys):
     assert (folder/'checkpoint_final.pth').is_file() and done.seconds > 0 and done.error is None
     nb = nbformat.read(done.notebook, as_version=4)
     pictures = sum('image/png' in o.get('data', {}) for c in nb.cells for o in c.get('outputs', []))
-    assert pictures >= 4                          # batches, live curves, progress.png, best/worst case
+    assert pictures >= 3                          # batches, curves (live, then progress.png in place), best/worst case
     assert 'Fold 7 does not exist' in failed.error and failed.dice is None
     assert failed.notebook == folder_of(7)/'train_fold.ipynb' and 'Fold 7 does not exist' in notebook_error(failed.notebook)
     assert not list(folders.rglob('*.running.ipynb'))
