@@ -21,7 +21,7 @@ PROBE = textwrap.dedent("""
     import torch
     torch.set_num_threads(threads)
     from nnunet_nb.network import network_from_plans, loss_from_plans
-    from nnunet_nb.training import make_optimizer, train_step
+    from nnunet_nb.training import make_optimizer, train_step, set_deep_supervision
     from nnunet_nb.dataloading import deep_supervision_scales
     plans, dataset_json = json.load(open(f'{pre}/nnUNetPlans.json')), json.load(open(f'{pre}/dataset.json'))
     c = plans['configurations'][configuration]
@@ -41,7 +41,7 @@ PROBE = textwrap.dedent("""
     for _ in range(steps):
         t = time.perf_counter(); value = train_step(net, batch, loss, optimizer); step_s.append(time.perf_counter() - t)
     step_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-    net.eval(); net.decoder.deep_supervision = False
+    net.eval(); set_deep_supervision(net, False)
     pass_s = []
     with torch.no_grad():
         tile = data[:1]; net(tile)
@@ -63,7 +63,8 @@ def main():
     root = Path(a.scratch)
     for v in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
         (root/v).mkdir(parents=True, exist_ok=True); os.environ[v] = str(root/v)
-    env = {k: v for k, v in os.environ.items() if k not in ('NNUNET_NB_MALLOC', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')}
+    from nnunet_nb.inference import GLIBC_MALLOC_VARIABLES
+    env = {k: v for k, v in os.environ.items() if k not in ('NNUNET_NB_MALLOC', *GLIBC_MALLOC_VARIABLES)}
     from nnunet_nb.synthetic import make_example_dataset
     from nnunet_nb.fingerprint import extract_fingerprint
     from nnunet_nb.planning import plan_experiment

@@ -22,11 +22,12 @@ from .planning import Plans, build_network
 from .preprocessing import preprocess_case, preprocess_case_arrays, resampling_function, target_spacing
 
 # %% auto #0
-__all__ = ['SIGMA_SCALE', 'KEEP_FREED_BYTES', 'TILE_BATCH_VOXELS', 'SLAB', 'InferenceError', 'tile_starts', 'full_patch',
-           'tile_grid', 'pad_to_patch', 'gaussian_importance_map', 'mirror_combinations', 'load_checkpoint',
-           'input_channels', 'check_plans_and_dataset', 'resolve_device', 'keep_freed_memory', 'Predictor',
-           'clean_state_dict', 'available_folds', 'probabilities_from_logits', 'segmentation_from_probabilities',
-           'revert_preprocessing', 'export_prediction', 'one_hot_previous_stage', 'find_input_cases']
+__all__ = ['SIGMA_SCALE', 'KEEP_FREED_BYTES', 'GLIBC_MALLOC_VARIABLES', 'TILE_BATCH_VOXELS', 'SLAB', 'InferenceError',
+           'tile_starts', 'full_patch', 'tile_grid', 'pad_to_patch', 'gaussian_importance_map', 'mirror_combinations',
+           'load_checkpoint', 'input_channels', 'check_plans_and_dataset', 'resolve_device', 'keep_freed_memory',
+           'Predictor', 'clean_state_dict', 'available_folds', 'probabilities_from_logits',
+           'segmentation_from_probabilities', 'revert_preprocessing', 'export_prediction', 'one_hot_previous_stage',
+           'find_input_cases']
 
 # %% ../nbs/09_inference.ipynb #77a38b0a
 class InferenceError(ValueError):
@@ -174,6 +175,7 @@ def resolve_device(device:str|torch.device, # 'cuda', 'cuda:1', 'cpu', 'mps' or 
 
 # %% ../nbs/09_inference.ipynb #025d8d97
 KEEP_FREED_BYTES = 1 << 30  # blocks up to this size stay in the heap after `free` (keep_freed_memory)
+GLIBC_MALLOC_VARIABLES = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')  # a user's own settings: left alone
 
 def _glibc():
     "The C library if it is glibc (it has `mallopt`), else None."
@@ -186,7 +188,7 @@ def keep_freed_memory(max_bytes:int=KEEP_FREED_BYTES, # largest block kept for r
                      )->bool:                         # True if the allocator was set
     "Let glibc keep freed blocks up to `max_bytes` for reuse instead of unmapping them (faster CPU passes, more resident memory)."
     if os.environ.get('NNUNET_NB_MALLOC', '').lower() == 'default': return False
-    if any(v in os.environ for v in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')): return False  # the user's choice
+    if any(v in os.environ for v in GLIBC_MALLOC_VARIABLES): return False  # the user's choice
     libc = _glibc()
     if libc is None: return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
